@@ -178,6 +178,8 @@ def export_onnx(loaded: LoadedEncoder, output_dir: str | Path) -> Path:
     """Trace the encoder with dynamic patch and image counts, write `vision_encoder.onnx` and run the ONNX checker."""
     import onnx
 
+    from frame_attention_onnx import frame_attention
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = output_dir / ONNX_FILENAME
@@ -192,6 +194,7 @@ def export_onnx(loaded: LoadedEncoder, output_dir: str | Path) -> Path:
             input_names=["pixel_values", "image_grid_thw"],
             output_names=["image_features", "deepstack_features"],
             dynamic_shapes={"pixel_values": {0: num_patches}, "image_grid_thw": {0: num_images}},
+            custom_translation_table={torch.ops.qwen3_vl.frame_attention.default: frame_attention},
             opset_version=ONNX_OPSET,
             dynamo=True,
             verbose=False,

@@ -157,8 +157,48 @@ class VisionPatchEmbed(nn.Module):
         return F.linear(pixel_values.to(weight.dtype), weight, self.proj.bias)
 
 
+def dense_frame_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, frame_start: torch.Tensor
+) -> torch.Tensor:
+    """Attention of every patch to the patches of its own frame, through one mask over all patches.
+
+    Args:
+        query, key, value: `[num_heads, num_patches, head_dim]`.
+        frame_start: `[num_patches]` int64, the index of the first patch of each patch's frame.
+
+    Returns:
+        `[num_heads, num_patches, head_dim]`.
+    """
+    same_frame = frame_start[:, None] == frame_start[None, :]  # [num_patches, num_patches]
+    return F.scaled_dot_product_attention(query[None], key[None], value[None], attn_mask=same_frame)[0]
+
+
+def register_frame_attention_op() -> None:
+    """Register `qwen3_vl::frame_attention` once per process, even when this file is imported under two names."""
+    if hasattr(torch.ops.qwen3_vl, "frame_attention"):
+        return
+    op = torch.library.custom_op("qwen3_vl::frame_attention", mutates_args=())(dense_frame_attention)
+    op.register_fake(lambda query, key, value, frame_start: torch.empty_like(query))
+
+
+register_frame_attention_op()
+
+
+def attend_within_frames(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, frame_start: torch.Tensor
+) -> torch.Tensor:
+    """`dense_frame_attention`; under export, one `qwen3_vl::frame_attention` node with the same meaning.
+
+    The export tool lowers that node to a loop over frames, so the graph's attention costs the sum of the squared frame
+    sizes rather than the square of the total patch count. In PyTorch the dense mask is kept: it is differentiable.
+    """
+    if torch.compiler.is_exporting():
+        return torch.ops.qwen3_vl.frame_attention(query, key, value, frame_start)
+    return dense_frame_attention(query, key, value, frame_start)
+
+
 class VisionAttention(nn.Module):
-    """Multi-head self-attention over all patches, restricted by a mask to the patches of the same frame."""
+    """Multi-head self-attention of each patch to the patches of its own frame."""
 
     def __init__(self, config: Qwen3VLVisionConfig) -> None:
         super().__init__()
@@ -168,16 +208,16 @@ class VisionAttention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
 
     def forward(
-        self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, same_frame: torch.Tensor
+        self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frame_start: torch.Tensor
     ) -> torch.Tensor:
         num_patches = hidden_states.shape[0]
         qkv = self.qkv(hidden_states).view(num_patches, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(1, 2, 0, 3)[:, None].unbind(0)  # each [1, num_heads, num_patches, head_dim]
+        query, key, value = qkv.permute(1, 2, 0, 3).unbind(0)  # each [num_heads, num_patches, head_dim]
 
         query, key = rotate(query, cos, sin), rotate(key, cos, sin)
 
-        attn_output = F.scaled_dot_product_attention(query, key, value, attn_mask=same_frame)
-        attn_output = attn_output[0].transpose(0, 1).reshape(num_patches, -1)  # [num_patches, hidden_size]
+        attn_output = attend_within_frames(query, key, value, frame_start)
+        attn_output = attn_output.transpose(0, 1).reshape(num_patches, -1)  # [num_patches, hidden_size]
         return self.proj(attn_output)
 
 
@@ -203,9 +243,9 @@ class VisionBlock(nn.Module):
         self.mlp = VisionMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, same_frame: torch.Tensor
+        self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frame_start: torch.Tensor
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), cos, sin, same_frame)
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), cos, sin, frame_start)
         return hidden_states + self.mlp(self.norm2(hidden_states))
 
 
@@ -298,11 +338,10 @@ class Qwen3VLVisionModel(Qwen3VLPreTrainedModel):
         angles = torch.cat([self.rotary_pos_emb.angles(patches.row), self.rotary_pos_emb.angles(patches.col)], -1)
         angles = torch.cat([angles, angles], dim=-1)  # [num_patches, head_dim]
         cos, sin = angles.cos(), angles.sin()
-        same_frame = patches.frame_start[:, None] == patches.frame_start[None, :]  # [num_patches, num_patches]
 
         deepstack_features = []
         for layer, block in enumerate(self.blocks):
-            hidden_states = block(hidden_states, cos, sin, same_frame)
+            hidden_states = block(hidden_states, cos, sin, patches.frame_start)
             if layer in self.deepstack_visual_indexes:
                 merger = self.deepstack_merger_list[self.deepstack_visual_indexes.index(layer)]
                 deepstack_features.append(merger(hidden_states))

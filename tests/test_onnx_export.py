@@ -16,12 +16,16 @@ from export_vision import LoadedEncoder, export_onnx, validate_onnx
 from modeling_qwen3_vl import Qwen3VLForConditionalGeneration, Qwen3VLVisionModel
 
 REPO = Path(__file__).resolve().parent.parent
+# ONNX Runtime and PyTorch run the same fp32 math with different kernels; the tiny model lands below 1e-6.
+RELATIVE_TOLERANCE = 1e-5
 
 ORT_CASES = {
     "smallest image 2x2": [[1, 2, 2]],
     "single image 6x10": [[1, 6, 10]],
     "single tall image 20x4": [[1, 20, 4]],
     "two images of different sizes": [[1, 4, 6], [1, 12, 8]],
+    "the same two images reversed": [[1, 12, 8], [1, 4, 6]],
+    "same patch count as 6x10, laid out 10x6": [[1, 10, 6]],
     "four images": [[1, 2, 2], [1, 4, 4], [1, 8, 2], [1, 6, 6]],
     "video of two frames": [[2, 8, 6]],
     "video of four frames": [[4, 4, 4]],
@@ -42,7 +46,7 @@ def test_every_input_matches_pytorch_in_onnx_runtime(exported):
     results = validate_onnx(onnx_path, encoder, ORT_CASES)
     assert [result.name for result in results] == list(ORT_CASES)
     for result in results:
-        assert result.passed, f"{result.name}: relative error {result.relative_error:.2e}"
+        assert result.relative_error < RELATIVE_TOLERANCE, f"{result.name}: relative error {result.relative_error:.2e}"
 
 
 def test_graph_contract(exported):
