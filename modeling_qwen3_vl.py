@@ -81,11 +81,13 @@ def locate_patches(grid_thw: torch.Tensor, num_patches: int | torch.SymInt, merg
     """
     frames, heights, widths = grid_thw.unbind(-1)
     entry_sizes = frames * heights * widths
-    entry_ends = entry_sizes.cumsum(0)
     patch_index = torch.arange(num_patches, device=grid_thw.device)
 
-    # A patch belongs to the first entry that ends after it. Patches beyond the last entry get an entry index out of
-    # range, so the lookups below fail instead of inventing a grid for them.
+    # Where each entry ends, read back through the patch indices: equal to the cumulative sizes, but a grid that
+    # describes more patches than pixel_values holds makes this lookup go out of range. A patch belongs to the first
+    # entry that ends after it; a patch beyond the last entry gets an entry index out of range in the lookups below.
+    # Either way a graph fed inconsistent inputs fails instead of returning numbers.
+    entry_ends = patch_index[entry_sizes.cumsum(0) - 1] + 1
     entry = (patch_index[:, None] >= entry_ends[None, :]).sum(-1)  # [num_patches]
     height, width = heights[entry], widths[entry]
     offset_in_entry = patch_index - (entry_ends - entry_sizes)[entry]

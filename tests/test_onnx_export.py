@@ -155,3 +155,19 @@ def test_loaded_encoder_equals_the_full_models_visual(tiny_checkpoint):
     full = Qwen3VLForConditionalGeneration.from_pretrained(folder)
     for name, tensor in full.model.visual.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("num_rows", [0, 4, 16, 18, 24, 40], ids=lambda rows: f"{rows} rows for 20")
+def test_graph_refuses_pixel_values_that_disagree_with_the_grid(exported, num_rows):
+    import numpy as np
+    import onnxruntime
+
+    onnx_path, _ = exported
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # the failure is expected: keep ONNX Runtime's own error log quiet
+    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    grid_thw = np.array([[1, 4, 4], [1, 2, 2]], dtype=np.int64)  # 20 patches
+    pixel_values = np.zeros((num_rows, PATCH_DIM), dtype=np.float32)
+
+    with pytest.raises(Exception, match="out of|invalid|INVALID"):
+        session.run(None, {"pixel_values": pixel_values, "image_grid_thw": grid_thw})
