@@ -1,9 +1,9 @@
 """The ONNX form of `qwen3_vl::frame_attention`: attention within each frame, as a loop over frames.
 
 The vision encoder emits that operator while it is exported; `export_vision.py` hands this lowering to
-`torch.onnx.export`. Each loop iteration attends over one frame's contiguous slice of patches, so the cost is the sum of
-the squared frame sizes: several images in one call cost what they cost one by one, and no mask is ever built. A call
-with a single frame skips the loop and its slicing, so one image pays nothing for the support of many.
+`torch.onnx.export`. Each loop iteration attends over one frame's contiguous slice of patches, so the cost is the sum
+of the squared frame sizes: several images in one call cost what they cost one by one, and no mask is ever built.
+A call with a single frame skips the loop and its slicing, so one image pays nothing for the support of many.
 The softmax runs in float32 whatever the graph's precision, so the fp16 graph keeps fp32 attention weights.
 """
 
@@ -14,7 +14,7 @@ import onnx_ir as ir
 from onnxscript import FLOAT, FLOAT16, INT64, script
 from onnxscript import opset18 as op  # the exporter assembles graphs at opset 18, then converts the whole model
 
-TFloat = TypeVar("TFloat", bound=Union[FLOAT, FLOAT16])
+TFloat = TypeVar("TFloat", bound=Union[FLOAT, FLOAT16])  # noqa: UP007 - onnxscript reads typing.Union only
 CASTS = ("Cast", "CastLike")
 
 
@@ -66,7 +66,9 @@ def use_attention_operator(model: ir.Model) -> int:
         scaled_query, key_transposed = scores.inputs[0].producer(), scores.inputs[1].producer()
         chain = [scaled_query, key_transposed, scores, softmax, weighted]
         if [node.op_type if node else None for node in chain] != ["Mul", "Transpose", "MatMul", "Softmax", "MatMul"]:
-            raise ValueError(f"unexpected attention around {softmax.name}: {[node and node.op_type for node in chain]}")
+            raise ValueError(
+                f"unexpected attention around {softmax.name}: {[node and node.op_type for node in chain]}"
+            )
 
         query, scale = scaled_query.inputs
         key, value = key_transposed.inputs[0], weighted.inputs[1]

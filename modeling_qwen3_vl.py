@@ -54,12 +54,12 @@ class VisionRotaryEmbedding(nn.Module):
         return torch.outer(positions, self.inv_freq)
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
-        """Angles of integer `positions` of any shape, `[*positions.shape, dim // 2]`, equal to `forward(n)[positions]`."""
+        """Angles of integer `positions`, `[*positions.shape, dim // 2]`; equal to `forward(n)[positions]`."""
         return positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
 
 
 class PatchGrid(NamedTuple):
-    """Where each patch sits: row and column in its frame, the frame's size, and the index of its frame's first patch."""
+    """Where each patch sits: its row and column, its frame's size, and the index of its frame's first patch."""
 
     row: torch.Tensor
     col: torch.Tensor
@@ -101,7 +101,7 @@ def locate_patches(grid_thw: torch.Tensor, num_patches: int | torch.SymInt, merg
 
 
 def bilinear_taps(index: torch.Tensor, size: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two source taps and their weights for target `index` of `size` points resampled from `side` (aligned corners)."""
+    """Two source taps and weights for target `index` of `size` points resampled from `side` (aligned corners)."""
     source = index.to(torch.float32) * (side - 1) / (size - 1).clamp(min=1)
     lower = source.floor()
     upper_weight = source - lower
@@ -119,7 +119,7 @@ def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 
 def check_vision_inputs(pixel_values: torch.Tensor, grid_thw: torch.Tensor, patch_dim: int, merge_size: int) -> None:
-    """Raise a `ValueError` that names the numbers when `pixel_values` and `grid_thw` cannot describe the same patches."""
+    """Raise a `ValueError` naming the numbers when `pixel_values` and `grid_thw` cannot describe the same patches."""
     if pixel_values.ndim != 2 or pixel_values.shape[1] != patch_dim:
         raise ValueError(f"pixel_values must be [num_patches, {patch_dim}], got {list(pixel_values.shape)}")
     if grid_thw.ndim != 2 or grid_thw.shape[1] != 3 or grid_thw.shape[0] == 0:
@@ -390,7 +390,9 @@ def multimodal_rope_index(
     grids = {
         IMAGE_TOKEN: [] if image_grid_thw is None else image_grid_thw.tolist(),
         # Frames of a video are placed one at a time, each behind its own timestamp.
-        VIDEO_TOKEN: [] if video_grid_thw is None else [[1, h, w] for t, h, w in video_grid_thw.tolist() for _ in range(t)],
+        VIDEO_TOKEN: []
+        if video_grid_thw is None
+        else [[1, h, w] for t, h, w in video_grid_thw.tolist() for _ in range(t)],
     }
     next_grid = {IMAGE_TOKEN: 0, VIDEO_TOKEN: 0}
     batch_size, seq_length = input_ids.shape
@@ -414,9 +416,9 @@ def multimodal_rope_index(
                 frames, height, width = grids[kind][next_grid[kind]]
                 next_grid[kind] += 1
                 height, width = height // merge_size, width // merge_size
-                coordinates = torch.stack(torch.meshgrid(
-                    torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij"
-                )).flatten(1)  # [3, frames * height * width]
+                coordinates = torch.stack(
+                    torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+                ).flatten(1)  # [3, frames * height * width]
                 pieces.append(coordinates + next_position)
                 next_position += max(height, width)
                 placed += coordinates.shape[1]
@@ -472,7 +474,9 @@ class Qwen3VLModel(Qwen3VLPreTrainedModel):
         else:
             mask = input_ids == token_id
         if int(mask.sum()) != num_features:
-            raise ValueError(f"{int(mask.sum())} placeholder tokens of id {token_id} but {num_features} visual features")
+            raise ValueError(
+                f"{int(mask.sum())} placeholder tokens of id {token_id} but {num_features} visual features"
+            )
         return mask
 
     def token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -487,14 +491,18 @@ class Qwen3VLModel(Qwen3VLPreTrainedModel):
         if mm_token_type_ids is None:
             mm_token_type_ids = self.token_types(input_ids)
         return multimodal_rope_index(
-            input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, attention_mask,
+            input_ids,
+            mm_token_type_ids,
+            image_grid_thw,
+            video_grid_thw,
+            attention_mask,
             self.config.vision_config.spatial_merge_size,
         )
 
     def compute_3d_position_ids(
         self, input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache, mm_token_type_ids
     ) -> torch.Tensor | None:
-        """Positions `[3, batch, seq]` from the prompt, or from the deltas kept from it once a cache holds the prompt."""
+        """Positions `[3, batch, seq]` from the prompt, or from the deltas kept from it once the cache holds it."""
         past_length = 0 if cache is None else cache.get_seq_length()
         has_visual_grid = image_grid_thw is not None or video_grid_thw is not None
         if input_ids is not None and past_length == 0 and has_visual_grid:
@@ -645,7 +653,7 @@ class Qwen3VLForConditionalGeneration(Qwen3VLPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> MultimodalCausalLMOutputWithPast:
-        """Arguments as `Qwen3VLModel.forward`; `labels` `[batch, seq]` adds the loss, `logits_to_keep` trims logits."""
+        """As `Qwen3VLModel.forward`; `labels` `[batch, seq]` adds the loss, `logits_to_keep` trims the logits."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -685,7 +693,9 @@ class Qwen3VLForConditionalGeneration(Qwen3VLPreTrainedModel, GenerationMixin):
 
         cache = model_kwargs.get("cache")
         past_length = 0 if cache is None else cache.get_seq_length()
-        has_visual_grid = model_kwargs.get("image_grid_thw") is not None or model_kwargs.get("video_grid_thw") is not None
+        has_visual_grid = (
+            model_kwargs.get("image_grid_thw") is not None or model_kwargs.get("video_grid_thw") is not None
+        )
         is_token_ids = input_ids.ndim == 2 and not input_ids.is_floating_point()
         if past_length > 0 and self.model.rope_deltas is not None:
             rope_positions = (text_positions + self.model.rope_deltas).expand(3, -1, -1)
@@ -699,7 +709,9 @@ class Qwen3VLForConditionalGeneration(Qwen3VLPreTrainedModel, GenerationMixin):
             )
         else:
             rope_positions = text_positions.expand(3, -1, -1)
-            self.model.rope_deltas = torch.zeros(text_positions.shape[0], 1, dtype=torch.long, device=text_positions.device)
+            self.model.rope_deltas = torch.zeros(
+                text_positions.shape[0], 1, dtype=torch.long, device=text_positions.device
+            )
         return torch.cat([text_positions[None], rope_positions.to(text_positions.device)], dim=0)
 
 

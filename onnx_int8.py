@@ -40,7 +40,9 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
         rewritten.append(onnx.helper.make_node("MatMul", node.input[:2], [product], name=f"{node.name}_matmul"))
         if len(node.input) > 2:
-            rewritten.append(onnx.helper.make_node("Add", [product, node.input[2]], node.output, name=f"{node.name}_bias"))
+            rewritten.append(
+                onnx.helper.make_node("Add", [product, node.input[2]], node.output, name=f"{node.name}_bias")
+            )
 
     del model.graph.node[:]
     model.graph.node.extend(rewritten)
@@ -69,8 +71,10 @@ def sort_topologically(graph: onnx.GraphProto) -> None:
     The quantizer sorts by explicit inputs only, which can move a Loop ahead of a value its body reads.
     """
     produced_by = {output: index for index, node in enumerate(graph.node) for output in node.output}
-    remaining = {index: {produced_by[name] for name in outer_inputs(node) if name in produced_by}
-                 for index, node in enumerate(graph.node)}
+    remaining = {
+        index: {produced_by[name] for name in outer_inputs(node) if name in produced_by}
+        for index, node in enumerate(graph.node)
+    }
     ordered = []
     while remaining:
         ready = sorted(index for index, needs in remaining.items() if not needs)

@@ -1,4 +1,4 @@
-"""The vision rotary embedding: any length, exactly the `arange`-then-`outer` numbers, exportable with a dynamic length.
+"""The vision rotary embedding: any length, exactly the `arange`-then-`outer` numbers, exportable with dynamic length.
 
 The upstream export blocker was `arange(length)` over a length that tracing turned into a constant. Here the length is
 a symbolic size, so one exported graph answers every length, and inside the vision model the angles come straight
@@ -88,8 +88,14 @@ def test_one_exported_graph_serves_every_length(rotary, tmp_path):
 def test_the_vision_model_rotates_by_row_and_column(grid):
     torch.manual_seed(0)
     config = Qwen3VLVisionConfig(
-        depth=1, hidden_size=128, num_heads=2, intermediate_size=64, out_hidden_size=32,
-        deepstack_visual_indexes=[], num_position_embeddings=64, patch_size=2,
+        depth=1,
+        hidden_size=128,
+        num_heads=2,
+        intermediate_size=64,
+        out_hidden_size=32,
+        deepstack_visual_indexes=[],
+        num_position_embeddings=64,
+        patch_size=2,
     )
     model = Qwen3VLVisionModel(config).eval()
     assert isinstance(model.rotary_pos_emb, VisionRotaryEmbedding) and model.rotary_pos_emb.dim == DIM

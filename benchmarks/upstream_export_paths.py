@@ -327,8 +327,14 @@ def dynamo_precomputed(workdir: Path) -> PathResult:
     num_patches = torch.export.Dim("num_patches", min=4, max=65536)
     num_images = torch.export.Dim("num_images", min=1, max=64)
     num_boundaries = torch.export.Dim("num_segments_plus_1", min=2, max=4096)
-    dynamic_shapes = ({0: num_patches}, {0: num_images}, {0: num_boundaries}, {0: num_patches}, {0: num_patches},
-                      {0: num_patches})
+    dynamic_shapes = (
+        {0: num_patches},
+        {0: num_images},
+        {0: num_boundaries},
+        {0: num_patches},
+        {0: num_patches},
+        {0: num_patches},
+    )
     onnx_path = timed_export(
         result, dynamo_export, workdir / "dynamo_precomputed.onnx", PrecomputedInputs(encoder), feeds, dynamic_shapes
     )
@@ -376,8 +382,10 @@ def format_cell(measurement: dict | None, notes: list[str]) -> str:
 
 def print_report(results: list[PathResult]) -> None:
     print(f"Qwen3VLVisionModel {MODEL_CONFIG}")
-    print(f"relative error = max|onnx - torch| / max|torch| over pooler_output and deepstack features; "
-          f"OK below {RELATIVE_TOLERANCE:g}, WRONG = ran without error but above it\n")
+    print(
+        f"relative error = max|onnx - torch| / max|torch| over pooler_output and deepstack features; "
+        f"OK below {RELATIVE_TOLERANCE:g}, WRONG = ran without error but above it\n"
+    )
     for result in results:
         if result.exported:
             print(f"{result.name}, sample {result.export_sample}: exported in {result.export_seconds:.1f} s")

@@ -36,8 +36,12 @@ def model_inputs() -> dict:
     pixel_values, image_grid_thw = random_patches(image_grids, seed=3)
     pixel_values_videos, video_grid_thw = random_patches(video_grids, seed=4)
     return dict(
-        input_ids=input_ids, mm_token_type_ids=token_types, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-        pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+        input_ids=input_ids,
+        mm_token_type_ids=token_types,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        pixel_values_videos=pixel_values_videos,
+        video_grid_thw=video_grid_thw,
     )
 
 
@@ -120,7 +124,9 @@ def test_a_checkpoint_saved_by_transformers_loads_with_this_code(tmp_path, refer
     for name in CODE_FILES:
         shutil.copy(REPO / name, tmp_path / name)
 
-    model, info = AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=True, output_loading_info=True)
+    model, info = AutoModelForImageTextToText.from_pretrained(
+        tmp_path, trust_remote_code=True, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
         logits = model.eval()(**model_inputs()).logits
@@ -133,7 +139,10 @@ def test_both_config_forms_read_the_same_values(tmp_path):
     resaved = Qwen3VLConfig.from_pretrained(tmp_path)
     for form in (published, resaved):
         assert form.text_config.rope_parameters == {
-            "rope_type": "default", "rope_theta": 5000000, "mrope_section": [2, 2, 2], "mrope_interleaved": True,
+            "rope_type": "default",
+            "rope_theta": 5000000,
+            "mrope_section": [2, 2, 2],
+            "mrope_interleaved": True,
         }
         assert form.vision_config.model_type == "qwen3_vl_vision"
         assert form.vision_config.rope_theta == 10000.0
@@ -145,7 +154,12 @@ def test_the_repos_config_is_the_published_4b_architecture():
     assert config.architectures == ["Qwen3VLForConditionalGeneration"] and config.tie_word_embeddings
     assert (config.image_token_id, config.video_token_id) == (151655, 151656)
     assert (config.vision_start_token_id, config.vision_end_token_id) == (151652, 151653)
-    assert (text.vocab_size, text.num_hidden_layers, text.hidden_size, text.intermediate_size) == (151936, 36, 2560, 9728)
+    assert (text.vocab_size, text.num_hidden_layers, text.hidden_size, text.intermediate_size) == (
+        151936,
+        36,
+        2560,
+        9728,
+    )
     assert (text.num_attention_heads, text.num_key_value_heads, text.head_dim) == (32, 8, 128)
     assert text.rope_parameters["rope_theta"] == 5000000 and text.rope_parameters["mrope_section"] == [24, 20, 20]
     assert (text.bos_token_id, text.eos_token_id, text.max_position_embeddings) == (151643, 151645, 262144)

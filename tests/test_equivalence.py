@@ -89,7 +89,9 @@ def test_left_padded_batch_logits_match(models):
     inputs = dict(single)
     inputs["input_ids"] = torch.cat([torch.zeros(1, padding, dtype=torch.long), single["input_ids"]], dim=1)
     inputs["attention_mask"] = torch.cat([torch.zeros(1, padding, dtype=torch.long), single["attention_mask"]], 1)
-    inputs["mm_token_type_ids"] = torch.cat([torch.zeros(1, padding, dtype=torch.long), single["mm_token_type_ids"]], 1)
+    inputs["mm_token_type_ids"] = torch.cat(
+        [torch.zeros(1, padding, dtype=torch.long), single["mm_token_type_ids"]], 1
+    )
 
     with torch.no_grad():
         expected = reference(**inputs).logits[:, padding:]
@@ -107,7 +109,7 @@ def test_greedy_generation_matches(models):
         expected = reference.generate(**inputs, **settings)
         actual = ours.generate(**inputs, **settings)
 
-    new_tokens = expected[0, inputs["input_ids"].shape[1]:]
+    new_tokens = expected[0, inputs["input_ids"].shape[1] :]
     assert len(set(new_tokens.tolist())) > 1, "the tiny model repeats one token: the comparison would prove little"
     assert torch.equal(expected, actual)
 

@@ -31,7 +31,9 @@ def test_patch_count_disagreeing_with_the_grid(encoder):
 def test_sides_not_divisible_by_the_merge_size(encoder, row):
     frames, height, width = row
     pixel_values = torch.zeros(frames * height * width, PATCH_DIM)
-    with pytest.raises(ValueError, match=rf"row 0 is \[{frames}, {height}, {width}\].*multiples of spatial_merge_size 2"):
+    with pytest.raises(
+        ValueError, match=rf"row 0 is \[{frames}, {height}, {width}\].*multiples of spatial_merge_size 2"
+    ):
         run(encoder, pixel_values, [row])
 
 

@@ -37,7 +37,9 @@ ORT_CASES = {
 def exported(tmp_path_factory):
     torch.manual_seed(0)
     encoder = Qwen3VLVisionModel(Qwen3VLConfig(**tiny_config_dict()).vision_config).eval()
-    onnx_path = export_onnx(LoadedEncoder(encoder, "tiny test model", random_weights=True), tmp_path_factory.mktemp("onnx"))
+    onnx_path = export_onnx(
+        LoadedEncoder(encoder, "tiny test model", random_weights=True), tmp_path_factory.mktemp("onnx")
+    )
     return onnx_path, encoder
 
 
@@ -65,7 +67,9 @@ def test_graph_contract(exported):
     inputs, outputs = signature(model.graph.input), signature(model.graph.output)
     assert list(inputs) == ["pixel_values", "image_grid_thw"]
     assert list(outputs) == ["image_features", "deepstack_features"]
-    assert inputs["pixel_values"][0] == onnx.TensorProto.FLOAT and inputs["image_grid_thw"][0] == onnx.TensorProto.INT64
+    assert (
+        inputs["pixel_values"][0] == onnx.TensorProto.FLOAT and inputs["image_grid_thw"][0] == onnx.TensorProto.INT64
+    )
     num_patches, width = inputs["pixel_values"][1]
     num_images, three = inputs["image_grid_thw"][1]
     assert isinstance(num_patches, str) and isinstance(num_images, str), "both first axes must be dynamic"
@@ -125,7 +129,11 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path):
     environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     completed = subprocess.run(
         [sys.executable, str(REPO / "export_vision.py"), "--model", "nobody/no-such-model", "--output", str(tmp_path)],
-        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert completed.returncode == 2
     assert "cannot download 'nobody/no-such-model'" in completed.stderr

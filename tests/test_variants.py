@@ -38,7 +38,9 @@ def test_variant_meets_its_tolerance_in_onnx_runtime(variants, precision):
     encoder, paths = variants
     assert paths[precision].name == export_vision.ONNX_FILENAMES[precision]
     for result in export_vision.validate_onnx(paths[precision], encoder, CASES, TOLERANCES[precision]):
-        assert result.passed, f"{precision} {result.name}: relative {result.relative_error:.2e}, cos {result.min_cosine}"
+        assert result.passed, (
+            f"{precision} {result.name}: relative {result.relative_error:.2e}, cos {result.min_cosine}"
+        )
 
 
 @pytest.mark.parametrize("precision", export_vision.PRECISIONS)
@@ -76,15 +78,20 @@ def test_fp16_stores_fp16_weights_and_keeps_the_softmax_in_fp32(variants):
     weights = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
     assert weights["visual.blocks.0.attn.qkv.weight"] == onnx.TensorProto.FLOAT16
     softmax_inputs = [node.input[0] for node in all_nodes(model.graph) if node.op_type == "Softmax"]
-    casts_to_fp32 = {node.output[0] for node in all_nodes(model.graph) if node.op_type == "Cast"
-                     and onnx.helper.get_attribute_value(node.attribute[0]) == onnx.TensorProto.FLOAT}
+    casts_to_fp32 = {
+        node.output[0]
+        for node in all_nodes(model.graph)
+        if node.op_type == "Cast" and onnx.helper.get_attribute_value(node.attribute[0]) == onnx.TensorProto.FLOAT
+    }
     assert softmax_inputs and set(softmax_inputs) <= casts_to_fp32
 
 
 def test_int8_quantizes_the_blocks_and_keeps_the_mergers_fp32(variants):
     model = onnx.load(str(variants[1]["int8"]))
     weights = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
-    quantized = [name for name, dtype in weights.items() if dtype == onnx.TensorProto.UINT8 and name.endswith("_quantized")]
+    quantized = [
+        name for name, dtype in weights.items() if dtype == onnx.TensorProto.UINT8 and name.endswith("_quantized")
+    ]
     # qkv, proj, fc1 and fc2 of each of the three blocks, and the patch embedding.
     assert len(quantized) == 3 * 4 + 1 and all("merger" not in name for name in quantized)
     assert weights["visual.merger.linear_fc1.weight"] == onnx.TensorProto.FLOAT
@@ -98,8 +105,10 @@ def test_cli_writes_only_the_requested_precisions(tmp_path, capsys):
     Qwen3VLConfig(**tiny_config_dict()).save_pretrained(checkpoint)
     from safetensors.torch import save_file
 
-    save_file({f"model.visual.{name}": tensor for name, tensor in model.state_dict().items()},
-              checkpoint / "model.safetensors")
+    save_file(
+        {f"model.visual.{name}": tensor for name, tensor in model.state_dict().items()},
+        checkpoint / "model.safetensors",
+    )
     output = tmp_path / "onnx"
 
     assert export_vision.main(["--model", str(checkpoint), "--output", str(output), "--precision", "int8"]) == 0
