@@ -5,11 +5,13 @@
     python bench_vision.py --rows torch-eager onnx-fp32 --inputs 448 4x448
 
 One command measures every row side by side on this machine. Each (row, input) pair runs in its own process, so its
-peak resident memory (VmHWM) is its own; the weights are the same seeded random ones everywhere (time does not depend on their
-values). Errors are against transformers' eager fp32 output; ratios are its latency over the row's.
+peak resident memory while running (VmHWM after loading, weights included) is its own; the weights are the same
+seeded random ones everywhere (time does not depend on their values). Errors are against transformers' eager fp32
+output; ratios are its latency over the row's.
 """
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +37,18 @@ ROWS = {
     "onnx-fp16": "ONNX Runtime fp16 (CPU: for GPU providers)",
 }
 SHARED_VISION_FIELDS = [
-    "depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "in_channels", "patch_size",
-    "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings", "deepstack_visual_indexes",
+    "depth",
+    "hidden_size",
+    "hidden_act",
+    "intermediate_size",
+    "num_heads",
+    "in_channels",
+    "patch_size",
+    "spatial_merge_size",
+    "temporal_patch_size",
+    "out_hidden_size",
+    "num_position_embeddings",
+    "deepstack_visual_indexes",
 ]
 GEMM_PEAK_SIZES = [(2048, 2048, 2048), (4096, 4096, 4096), (784, 1024, 4096)]
 # A cell stops repeating once it has spent this long, keeping at least MIN_REPEATS timed runs after the warm-up.
@@ -67,7 +80,9 @@ def encoder_flops(config, grid: list) -> float:
     per_block = 2 * num_patches * (3 * hidden * hidden + hidden * hidden + 2 * hidden * intermediate)
     attention = 4 * hidden * frame_squares  # scores and weighted sum, over every head
     merged, tokens = hidden * merge**2, num_patches // merge**2
-    mergers = (1 + len(config.deepstack_visual_indexes)) * 2 * tokens * (merged * merged + merged * config.out_hidden_size)
+    mergers = (
+        (1 + len(config.deepstack_visual_indexes)) * 2 * tokens * (merged * merged + merged * config.out_hidden_size)
+    )
     return 2 * num_patches * patch_dim * hidden + config.depth * (per_block + attention) + mergers
 
 
@@ -80,18 +95,22 @@ def measure_gemm_peak(threads: int) -> dict[str, float]:
     best = {"torch": 0.0, "onnxruntime": 0.0}
     for m, k, n in GEMM_PEAK_SIZES:
         a, b = torch.randn(m, k), torch.randn(k, n)
-        best["torch"] = max(best["torch"], 2 * m * k * n / min(timed(lambda: torch.mm(a, b), 5)) / 1e9)
+        best["torch"] = max(best["torch"], 2 * m * k * n / min(timed(partial(torch.mm, a, b), 5)) / 1e9)
 
         weight = onnx.numpy_helper.from_array(b.numpy(), "weight")
         graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("MatMul", ["x", "weight"], ["y"])], "gemm",
+            [onnx.helper.make_node("MatMul", ["x", "weight"], ["y"])],
+            "gemm",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [m, k])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [m, n])], [weight],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [m, n])],
+            [weight],
         )
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
         session = onnx_session(model.SerializeToString(), threads)
         feed = {"x": a.numpy()}
-        best["onnxruntime"] = max(best["onnxruntime"], 2 * m * k * n / min(timed(lambda: session.run(None, feed), 5)) / 1e9)
+        best["onnxruntime"] = max(
+            best["onnxruntime"], 2 * m * k * n / min(timed(partial(session.run, None, feed), 5)) / 1e9
+        )
     return best
 
 
@@ -123,7 +142,8 @@ class Cell:
     input: str
     grid: list
     seconds: list[float] = field(default_factory=list)
-    peak_rss_bytes: int = 0
+    peak_rss_bytes: int = 0  # while running, weights included
+    load_peak_rss_bytes: int = 0  # while loading the model
     error: str = ""
     max_abs_error: float | None = None
     mean_abs_error: float | None = None
@@ -180,6 +200,10 @@ def run_cell(spec: dict) -> dict:
     """Worker side: time one row on one input and keep its outputs for the error computation."""
     workdir = Path(spec["workdir"])
     run = build_runner(spec["row"], workdir, spec["threads"])
+    load_peak_rss_bytes = peak_resident_bytes()
+    # Loading holds the weights twice for a moment; the peak that matters for serving is the one while running.
+    gc.collect()
+    reset_peak_resident()
     grid_thw = np.array(spec["grid"], dtype=np.int64)
     num_patches = int(grid_thw.prod(-1).sum())
     pixel_values = np.random.default_rng(0).random((num_patches, spec["patch_dim"]), dtype=np.float32) * 2 - 1
@@ -194,11 +218,19 @@ def run_cell(spec: dict) -> dict:
         outputs = run(pixel_values, grid_thw)
         seconds.append(time.perf_counter() - started)
     np.savez(spec["outputs"], image_features=outputs[0], deepstack_features=outputs[1])
-    return {"seconds": seconds, "peak_rss_bytes": peak_resident_bytes()}
+    return {"seconds": seconds, "peak_rss_bytes": peak_resident_bytes(), "load_peak_rss_bytes": load_peak_rss_bytes}
+
+
+def reset_peak_resident() -> None:
+    """Restart the VmHWM count from the current resident size (Linux); elsewhere the peak includes loading."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        logger.debug("cannot reset the peak resident size; it will include loading the model")
 
 
 def peak_resident_bytes() -> int:
-    """This process's peak resident memory since it started its program (not inherited from the launching process)."""
+    """This process's peak resident memory since it started or since `reset_peak_resident`."""
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
@@ -212,14 +244,23 @@ def peak_resident_bytes() -> int:
 def launch_cell(cell: Cell, workdir: Path, patch_dim: int, repeats: int, threads: int) -> None:
     """Run one cell in a fresh process and record its timings and its peak resident memory."""
     outputs = workdir / f"{cell.row}-{cell.input}.npz"
-    spec = {"row": cell.row, "grid": cell.grid, "workdir": str(workdir), "patch_dim": patch_dim, "repeats": repeats,
-            "threads": threads, "outputs": str(outputs)}
+    spec = {
+        "row": cell.row,
+        "grid": cell.grid,
+        "workdir": str(workdir),
+        "patch_dim": patch_dim,
+        "repeats": repeats,
+        "threads": threads,
+        "outputs": str(outputs),
+    }
     spec_path, result_path = workdir / "cell.json", workdir / "cell-result.json"
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     stderr = process.communicate()[1]
     if process.returncode != 0 or not result_path.is_file():
@@ -227,6 +268,7 @@ def launch_cell(cell: Cell, workdir: Path, patch_dim: int, repeats: int, threads
         return
     result = json.loads(result_path.read_text())
     cell.seconds, cell.peak_rss_bytes = result["seconds"], result["peak_rss_bytes"]
+    cell.load_peak_rss_bytes = result["load_peak_rss_bytes"]
 
 
 def compare(reference: Path, candidate: Path, cell: Cell) -> None:
@@ -252,7 +294,10 @@ def prepare(model: str | None, workdir: Path, rows: list[str]) -> dict:
     loaded = export_vision.load_vision_encoder(model)
     # Every worker needs only the vision part of the config.
     (workdir / "config.json").write_text(json.dumps({"vision_config": loaded.model.config.to_dict()}))
-    save_file({name: tensor.contiguous() for name, tensor in loaded.model.state_dict().items()}, workdir / "vision.safetensors")
+    save_file(
+        {name: tensor.contiguous() for name, tensor in loaded.model.state_dict().items()},
+        workdir / "vision.safetensors",
+    )
 
     exports, export_seconds = {}, {}
     for precision in ("fp32", "fp16", "int8"):
@@ -276,24 +321,30 @@ def largest_square_image(cells: list[Cell], patch_size: int, merge_size: int, av
     Peak memory is fitted as a + b * patches + c * sum of squared frame sizes over the measured inputs (the quadratic
     term is attention), then solved for one square frame at the available memory.
     """
-    points = [(sum(t * h * w for t, h, w in c.grid), sum(t * (h * w) ** 2 for t, h, w in c.grid), c.peak_rss_bytes)
-              for c in cells if c.seconds]
+    points = [
+        (sum(t * h * w for t, h, w in c.grid), sum(t * (h * w) ** 2 for t, h, w in c.grid), c.peak_rss_bytes)
+        for c in cells
+        if c.seconds
+    ]
     if len(points) < 3:
         return None
     design = np.array([[1.0, patches, squares] for patches, squares, _ in points])
     (a, b, c), *_ = np.linalg.lstsq(design, np.array([peak for *_, peak in points], dtype=float), rcond=None)
+    peaks = [peak for *_, peak in points]
     b, c = max(b, 0.0), max(c, 0.0)
     budget = available_bytes - a
-    if budget <= 0 or (b == 0.0 and c == 0.0):
+    if budget <= 0 or (b == 0.0 and c == 0.0) or max(peaks) - min(peaks) < 0.02 * min(peaks):
         return None  # the inputs were too small for memory to grow measurably with them
-    patches = budget / b if c < 1e-9 else (-b + (b * b + 4 * c * budget) ** 0.5) / (2 * c)
+    patches = budget / b if c == 0.0 else (-b + (b * b + 4 * c * budget) ** 0.5) / (2 * c)
     block = patch_size * merge_size  # the image processor resizes to multiples of this
     return int(patches**0.5 * patch_size) // block * block
 
 
 def print_table(cells: list[Cell], baseline: dict[str, float], peak: float) -> None:
-    header = f"{'row':44s} {'input':>12s} {'median ms':>10s} {'spread ms':>14s} {'x eager':>8s} {'GFLOP/s':>8s} " \
-             f"{'% peak':>7s} {'max err':>9s} {'mean err':>9s} {'min cos':>9s} {'peak MB':>8s}"
+    header = (
+        f"{'row':44s} {'input':>12s} {'median ms':>10s} {'spread ms':>14s} {'x eager':>8s} {'GFLOP/s':>8s} "
+        f"{'% peak':>7s} {'max err':>9s} {'mean err':>9s} {'min cos':>9s} {'peak MB':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for cell in cells:
@@ -302,10 +353,15 @@ def print_table(cells: list[Cell], baseline: dict[str, float], peak: float) -> N
             continue
         spread = f"{min(cell.seconds) * 1e3:.0f}-{max(cell.seconds) * 1e3:.0f}"
         ratio = baseline[cell.input] / cell.median if cell.input in baseline else float("nan")
-        errors = (f"{cell.max_abs_error:9.2e} {cell.mean_abs_error:9.2e} {cell.min_cosine:9.6f}"
-                  if cell.min_cosine is not None else f"{'':9s} {'':9s} {'':9s}")
-        print(f"{ROWS[cell.row]:44s} {cell.input:>12s} {cell.median * 1e3:10.0f} {spread:>14s} {ratio:8.2f} "
-              f"{cell.gflops:8.1f} {100 * cell.gflops / peak:6.1f}% {errors} {cell.peak_rss_bytes / 2**20:8.0f}")
+        errors = (
+            f"{cell.max_abs_error:9.2e} {cell.mean_abs_error:9.2e} {cell.min_cosine:9.6f}"
+            if cell.min_cosine is not None
+            else f"{'':9s} {'':9s} {'':9s}"
+        )
+        print(
+            f"{ROWS[cell.row]:44s} {cell.input:>12s} {cell.median * 1e3:10.0f} {spread:>14s} {ratio:8.2f} "
+            f"{cell.gflops:8.1f} {100 * cell.gflops / peak:6.1f}% {errors} {cell.peak_rss_bytes / 2**20:8.0f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,23 +417,35 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = {cell.input: cell.median for cell in cells if cell.row == BASELINE and cell.seconds}
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") - MEMORY_MARGIN_BYTES
-    largest = {row: largest_square_image([c for c in cells if c.row == row], config.patch_size,
-                                         config.spatial_merge_size, available) for row in rows}
+    largest = {
+        row: largest_square_image(
+            [c for c in cells if c.row == row], config.patch_size, config.spatial_merge_size, available
+        )
+        for row in rows
+    }
 
     print()
     print(f"fp32 GEMM peak (best of torch.mm and ONNX Runtime MatMul): {peak:.1f} GFLOP/s, {args.threads} threads")
     print("export seconds: " + ", ".join(f"{p} {s:.1f}" for p, s in export_seconds.items()))
     print_table(cells, baseline, peak)
-    print("largest single square image within memory (estimated from the measured peaks):")
+    print(f"largest single square image in {available / 2**30:.0f} GiB (estimated from the peaks while running):")
     for row, side in largest.items():
-        print(f"  {ROWS[row]:44s} {side if side else 'n/a'} px")
+        print(f"  {ROWS[row]:44s} {f'{side}x{side} pixels' if side else 'n/a: memory did not grow with the input'}")
 
     if args.json:
-        args.json.write_text(json.dumps({
-            "gemm_peak_gflops": gemm_peak, "threads": args.threads, "export_seconds": export_seconds,
-            "cells": [asdict(cell) | {"median": cell.median} for cell in cells],
-            "largest_square_image_pixels": largest,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "gemm_peak_gflops": gemm_peak,
+                    "threads": args.threads,
+                    "export_seconds": export_seconds,
+                    "cells": [asdict(cell) | {"median": cell.median} for cell in cells],
+                    "largest_square_image_side_pixels": largest,
+                    "memory_for_estimate_bytes": available,
+                },
+                indent=2,
+            )
+        )
     return 0 if all(not cell.error for cell in cells) else 1
 
 
