@@ -1,6 +1,6 @@
 """Benchmark the Qwen3-VL vision encoder: transformers' PyTorch eager, this repo's PyTorch model, every ONNX variant.
 
-    python bench_vision.py                          # full-size tower of config.json, random weights (about 30 min)
+    python bench_vision.py                          # full-size tower of config.json, random weights (about 75 min)
     python bench_vision.py --json bench.json        # the same numbers, also as JSON
     python bench_vision.py --rows torch-eager onnx-fp32 --inputs 448 4x448
 

@@ -1,11 +1,13 @@
 """The benchmark runs end to end on a tiny checkpoint: every row, two inputs, numbers where numbers belong."""
 
+import importlib.util
 import json
 
 import pytest
-from tiny_models import reference_and_ours
+from tiny_models import PATCH_SIZE, reference_and_ours
 
 import bench_vision
+import export_vision
 
 INPUTS = ["32", "4x32"]  # one 32-pixel image (8x8 patches of 4 pixels) and four of them in one call
 
@@ -64,3 +66,22 @@ def test_largest_square_image_from_memory_that_grows_with_the_input():
     assert side == 1632
     flat = [cell(g, 1e9) for g in grids]
     assert bench_vision.largest_square_image(flat, 16, 2, 9e9) is None, "flat memory says nothing about the limit"
+
+
+def test_profile_sums_kernel_time_by_operator_outside_control_flow(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("profile_onnx", bench_vision.HERE / "benchmarks" / "profile_onnx.py")
+    profile_onnx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_onnx)
+    _, model = reference_and_ours()
+    loaded = export_vision.LoadedEncoder(model.model.visual, "tiny test model", random_weights=True)
+    onnx_path = export_vision.export_onnx(loaded, tmp_path)
+    side = 32 // PATCH_SIZE
+
+    report = tmp_path / "profile.json"
+    assert profile_onnx.main([str(onnx_path), "--grid", "1", str(side), str(side), "--json", str(report)]) == 0
+
+    kernels = json.loads(report.read_text())[str(onnx_path)]["kernel_seconds"]
+    assert kernels and all(seconds >= 0 for seconds in kernels.values())
+    assert "Attention" in kernels, "the single-frame branch's attention is counted under its own type"
+    assert not set(kernels) & profile_onnx.CONTROL_FLOW, "If and Loop would count their bodies twice"
+    assert "kernels" in capsys.readouterr().out
