@@ -1,6 +1,8 @@
 """Image files to Qwen3-VL visual features with the exported ONNX vision encoder, without torch or transformers.
 
     python onnx_vision.py photo.jpg other.png --model onnx/vision_encoder.onnx --save features.npz
+
+Needs only onnxruntime, numpy and Pillow; the preprocessing reproduces the Qwen3-VL image processor exactly.
 """
 
 import argparse
@@ -250,9 +252,11 @@ def split_features(
     results, start = [], 0
     for source, (frames, height, width) in zip(sources, image_grid_thw.tolist()):
         stop = start + frames * height * width // merge_size**2
-        results.append(ImageFeatures(
-            source, (frames, height, width), image_features[start:stop], deepstack_features[:, start:stop]
-        ))
+        results.append(
+            ImageFeatures(
+                source, (frames, height, width), image_features[start:stop], deepstack_features[:, start:stop]
+            )
+        )
         start = stop
     return results
 

@@ -293,15 +293,26 @@ def test_runner_never_imports_torch_or_transformers(tiny_graph, tiny_images):
 
 def tiny_cli_arguments(tiny_graph: Path) -> list[str]:
     return [
-        "--model", str(tiny_graph), "--patch-size", str(PATCH_SIZE), "--threads", "1",
-        "--min-pixels", str(TINY_BOUNDS["min_pixels"]), "--max-pixels", str(TINY_BOUNDS["max_pixels"]),
+        "--model",
+        str(tiny_graph),
+        "--patch-size",
+        str(PATCH_SIZE),
+        "--threads",
+        "1",
+        "--min-pixels",
+        str(TINY_BOUNDS["min_pixels"]),
+        "--max-pixels",
+        str(TINY_BOUNDS["max_pixels"]),
     ]
 
 
 def run_cli(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "onnx_vision.py"), *arguments],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -318,8 +329,14 @@ def test_command_line_prints_and_saves(tiny_graph, tiny_images, tmp_path):
 
     with np.load(output) as saved:
         assert sorted(saved.files) == sorted(
-            ["image_grid_thw", "sources", "image_features_0", "deepstack_features_0", "image_features_1",
-             "deepstack_features_1"]
+            [
+                "image_grid_thw",
+                "sources",
+                "image_features_0",
+                "deepstack_features_0",
+                "image_features_1",
+                "deepstack_features_1",
+            ]
         )
         np.testing.assert_array_equal(saved["image_grid_thw"], [result.grid_thw for result in expected])
         assert list(saved["sources"]) == images
