@@ -7,7 +7,6 @@ import pytest
 from tiny_models import PATCH_SIZE, reference_and_ours
 
 import bench_vision
-import export_vision
 
 INPUTS = ["32", "4x32"]  # one 32-pixel image (8x8 patches of 4 pixels) and four of them in one call
 
@@ -68,13 +67,11 @@ def test_largest_square_image_from_memory_that_grows_with_the_input():
     assert bench_vision.largest_square_image(flat, 16, 2, 9e9) is None, "flat memory says nothing about the limit"
 
 
-def test_profile_sums_kernel_time_by_operator_outside_control_flow(tmp_path, capsys):
+def test_profile_sums_kernel_time_by_operator_outside_control_flow(tiny_export, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("profile_onnx", bench_vision.HERE / "benchmarks" / "profile_onnx.py")
     profile_onnx = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(profile_onnx)
-    _, model = reference_and_ours()
-    loaded = export_vision.LoadedEncoder(model.model.visual, "tiny test model", random_weights=True)
-    onnx_path = export_vision.export_onnx(loaded, tmp_path)
+    onnx_path = tiny_export[0]
     side = 32 // PATCH_SIZE
 
     report = tmp_path / "profile.json"

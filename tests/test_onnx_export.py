@@ -12,8 +12,8 @@ from tiny_models import PATCH_DIM, reference_and_ours, tiny_config_dict
 
 import export_vision
 from configuration_qwen3_vl import Qwen3VLConfig
-from export_vision import LoadedEncoder, export_onnx, validate_onnx
-from modeling_qwen3_vl import Qwen3VLForConditionalGeneration, Qwen3VLVisionModel
+from export_vision import validate_onnx
+from modeling_qwen3_vl import Qwen3VLForConditionalGeneration
 
 REPO = Path(__file__).resolve().parent.parent
 # ONNX Runtime and PyTorch run the same fp32 math with different kernels; the tiny model lands below 1e-6.
@@ -33,14 +33,9 @@ ORT_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    encoder = Qwen3VLVisionModel(Qwen3VLConfig(**tiny_config_dict()).vision_config).eval()
-    onnx_path = export_onnx(
-        LoadedEncoder(encoder, "tiny test model", random_weights=True), tmp_path_factory.mktemp("onnx")
-    )
-    return onnx_path, encoder
+@pytest.fixture
+def exported(tiny_export):
+    return tiny_export
 
 
 def test_every_input_matches_pytorch_in_onnx_runtime(exported):

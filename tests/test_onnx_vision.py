@@ -12,14 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-import torch
 from PIL import Image
-from tiny_models import PATCH_DIM, PATCH_SIZE, tiny_config_dict
+from tiny_models import PATCH_DIM, PATCH_SIZE
 
 import export_vision
 import onnx_vision
-from configuration_qwen3_vl import Qwen3VLConfig
-from modeling_qwen3_vl import Qwen3VLVisionModel
 from onnx_vision import VisionEncoder, VisionInputError, preprocess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,12 +107,9 @@ def reference():
     return process
 
 
-@pytest.fixture(scope="module")
-def tiny_graph(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    encoder = Qwen3VLVisionModel(Qwen3VLConfig(**tiny_config_dict()).vision_config).eval()
-    loaded = export_vision.LoadedEncoder(encoder, "tiny test model", random_weights=True)
-    return export_vision.export_onnx(loaded, tmp_path_factory.mktemp("onnx"), "fp32")
+@pytest.fixture
+def tiny_graph(tiny_export) -> Path:
+    return tiny_export[0]
 
 
 @pytest.fixture(scope="module")

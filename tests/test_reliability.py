@@ -6,13 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime
 import pytest
-import torch
-from tiny_models import tiny_config_dict
 
 import export_vision
-from configuration_qwen3_vl import Qwen3VLConfig
-from export_vision import LoadedEncoder
-from modeling_qwen3_vl import Qwen3VLVisionModel
 
 NUM_RANDOM_MIXES = 60
 SEED = 1234
@@ -27,12 +22,9 @@ def random_grids(rng: random.Random) -> list[list[int]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    encoder = Qwen3VLVisionModel(Qwen3VLConfig(**tiny_config_dict()).vision_config).eval()
-    onnx_path = export_vision.export_onnx(LoadedEncoder(encoder, "tiny", True), tmp_path_factory.mktemp("onnx"))
-    return onnx_path, encoder
+@pytest.fixture
+def exported(tiny_export):
+    return tiny_export
 
 
 def test_random_mixes_of_images_and_videos_match_pytorch(exported):

@@ -19,12 +19,10 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def variants(tmp_path_factory):
-    torch.manual_seed(0)
-    encoder = Qwen3VLVisionModel(Qwen3VLConfig(**tiny_config_dict()).vision_config).eval()
+def variants(tiny_export, tmp_path_factory):
+    fp32, encoder = tiny_export
     loaded = LoadedEncoder(encoder, "tiny test model", random_weights=True)
     output_dir = tmp_path_factory.mktemp("variants")
-    fp32 = export_vision.export_onnx(loaded, output_dir, "fp32")
     paths = {
         "fp32": fp32,
         "fp16": export_vision.export_onnx(loaded, output_dir, "fp16"),
