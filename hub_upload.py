@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from export_vision import data_file
+
 logger = logging.getLogger("export_vision")
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +32,7 @@ def stage_upload(onnx_files: list[Path], staging: Path) -> list[str]:
     (staging / ONNX_FOLDER).mkdir()
     for onnx_path in onnx_files:
         # A graph with external weights is useless without its data file next to it.
-        data_path = onnx_path.with_name(onnx_path.name + ".data")
+        data_path = data_file(onnx_path)
         for path in (onnx_path, data_path) if data_path.is_file() else (onnx_path,):
             target = staging / ONNX_FOLDER / path.name
             try:
